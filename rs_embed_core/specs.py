@@ -164,7 +164,9 @@ class BBox:
             raise SpecError("maxlat", self.maxlat, f"must be > minlat ({self.minlat})")
         # Ground size check with a spherical approximation; the exact grid comes later.
         lat_m = (self.maxlat - self.minlat) * 111_320.0
-        lon_m = (self.maxlon - self.minlon) * 111_320.0 * math.cos(math.radians(min(abs(self.minlat), abs(self.maxlat))))
+        lon_m = (
+            (self.maxlon - self.minlon) * 111_320.0 * math.cos(math.radians(min(abs(self.minlat), abs(self.maxlat))))
+        )
         if max(lat_m, lon_m) > MAX_EXTENT_M * 1.01:
             raise SpecError(
                 "bbox",
@@ -329,7 +331,9 @@ class SensorSpec:
         try:
             bands = tuple(str(b).strip() for b in bands)
         except TypeError:
-            raise SpecError("bands", self.bands, "must be a sequence of band names such as ('B4', 'B3', 'B2')") from None
+            raise SpecError(
+                "bands", self.bands, "must be a sequence of band names such as ('B4', 'B3', 'B2')"
+            ) from None
         if not bands or any(not b for b in bands) or len(set(bands)) != len(bands):
             raise SpecError("bands", self.bands, "must be distinct, non-empty band names such as ('B4', 'B3', 'B2')")
         object.__setattr__(self, "bands", bands)
@@ -413,7 +417,9 @@ _TYPES: dict[str, type] = {
 def spec_from_dict(data: dict[str, Any]) -> Any:
     """Inverse of ``to_dict`` for every spec type (dispatch on ``type``)."""
     if not isinstance(data, dict) or data.get("type") not in _TYPES:
-        raise SpecError("type", data.get("type") if isinstance(data, dict) else data, f"must be one of {', '.join(_TYPES)}")
+        raise SpecError(
+            "type", data.get("type") if isinstance(data, dict) else data, f"must be one of {', '.join(_TYPES)}"
+        )
     kwargs = {k: v for k, v in data.items() if k != "type"}
     cls = _TYPES[data["type"]]
     if cls is SensorSpec and "bands" in kwargs:
@@ -437,4 +443,6 @@ def parse_roi(value: Any) -> ROI:
             return PointBuffer(*value)
         if len(value) == 4:
             return BBox(*value)
-    raise SpecError("roi", value, "must be a PointBuffer, a BBox, (lon, lat, buffer_m) or (minlon, minlat, maxlon, maxlat)")
+    raise SpecError(
+        "roi", value, "must be a PointBuffer, a BBox, (lon, lat, buffer_m) or (minlon, minlat, maxlon, maxlat)"
+    )
