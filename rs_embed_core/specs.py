@@ -15,7 +15,7 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass, field, fields
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 from .errors import SpecError
 
@@ -199,7 +199,7 @@ class BBox:
         return out
 
 
-ROI = Union[PointBuffer, BBox]
+ROI = PointBuffer | BBox
 
 
 def _as_date(name: str, value: Any) -> dt.date:
