@@ -67,3 +67,15 @@ class StoreError(RsEmbedError, RuntimeError):
 
 class StoreInputError(StoreError, ValueError):
     """An entry does not fit the store (shape, dims, NaN-only data, unknown ref)."""
+
+
+class StoreLookupError(StoreInputError, LookupError):
+    """A month, ROI or entry asked of the store is not there; the message lists what is."""
+
+
+class EmptyStoreError(StoreLookupError):
+    """The store (at the ref asked for) holds no entries yet."""
+
+
+class CheckpointMismatchError(CheckpointError):
+    """Vectors from different checkpoints would be compared; refused (their spaces differ)."""
