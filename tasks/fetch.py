@@ -1,0 +1,81 @@
+"""Fetch task: one (ROI, window) into the chip cache, cached across flow runs.
+
+The cache policy keys on exactly what determines the pixels: the ROI geometry (not
+its label), the time window, the pixel-changing sensor settings (collection, bands,
+scale, cloud filter, compositing, masking) and the provider's name, version and
+settings. That is the chip cache's fetch key, prefixed with this task's own
+namespace so no other task can ever share a key. The flow run id is not part of it,
+so a rerun (or a UI retry) of a run does not fetch again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from prefect import runtime, task
+from prefect.cache_policies import CachePolicy
+from prefect.context import TaskRunContext
+from prefect.tasks import exponential_backoff
+
+from rs_embed_core import pipeline
+from rs_embed_core.errors import TransientProviderError
+from rs_embed_core.providers.base import fetch_key, resolve_backend
+from rs_embed_core.specs import SensorSpec, TemporalSpec, parse_roi, spec_from_dict
+
+FETCH_KEY_NAMESPACE = "rs-embed/fetch-chip/v1"
+
+
+@dataclass
+class FetchCachePolicy(CachePolicy):
+    """Cache key = namespace + fetch key of (ROI geometry, window, sensor imagery settings, provider).
+
+    Other inputs (the chip cache folder) are deliberately not part of the key. If
+    chips were pruned from the chip cache after a cached fetch, inference reports the
+    missing chip; rerun with ``refresh_fetch=True`` to fetch again.
+    """
+
+    def compute_key(
+        self,
+        task_ctx: TaskRunContext,
+        inputs: dict[str, Any],
+        flow_parameters: dict[str, Any],
+        **kwargs: Any,
+    ) -> str | None:
+        return fetch_cache_key(inputs["roi"], inputs["temporal"], inputs["sensor"], inputs["backend"])
+
+
+def fetch_cache_key(roi: Any, temporal: Any, sensor: SensorSpec, backend: Any) -> str:
+    """The fetch task's cache key for these inputs."""
+    window = temporal if isinstance(temporal, TemporalSpec) else spec_from_dict(temporal)
+    return f"{FETCH_KEY_NAMESPACE}:{fetch_key(resolve_backend(backend), parse_roi(roi), window, sensor)}"
+
+
+def retry_transient_only(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry transient provider errors (quota, 5xx, network); auth / bad request / no imagery fail at once."""
+    return isinstance(state.data, TransientProviderError)
+
+
+def _run_name() -> str:
+    params = runtime.task_run.parameters
+    roi, window = params["roi"], params["temporal"]
+    return f"fetch {roi.get('label') or parse_roi(roi).id} {window.get('start', '')[:7]}"
+
+
+@task(
+    name="fetch-chip",
+    task_run_name=_run_name,
+    cache_policy=FetchCachePolicy(),
+    persist_result=True,
+    result_serializer="json",  # results are small dicts; no pickle in result storage
+    retries=4,
+    retry_delay_seconds=exponential_backoff(backoff_factor=5),
+    retry_jitter_factor=0.5,
+    retry_condition_fn=retry_transient_only,
+    tags=["fetch"],
+)
+def fetch_chip_task(
+    roi: dict[str, Any], temporal: dict[str, Any], sensor: SensorSpec, backend: Any, cache: str | None = None
+) -> dict[str, Any]:
+    """Fetch one chip; returns a chip reference or a recorded no-imagery/failed outcome."""
+    return pipeline.fetch_entry(roi, temporal, sensor, backend, cache)
