@@ -124,18 +124,32 @@ def main(argv: list[str] | None = None) -> int:
         f"  grid {tuple(ds.grid.shape[2:])} tokens, pooled {ds.sizes['dim']}-d, joint {ds.sizes['embed']}-d, "
         f"weights_are_random={bool(ds.weights_are_random.values.all())}"
     )
+    from rs_embed_core.quicklook import make_quicklooks
+
+    quicklooks = out / "quicklooks"
+    pngs = []
+    for roi in DEMO_ROIS[:2]:
+        ql = make_quicklooks(ds, roi["label"], None, quicklooks)
+        pngs += [ql.entry_png, ql.similarity_png]
+    print(f"  quicklooks: {len(pngs)} PNGs (RGB chip beside the grid's first 3 principal components, month similarity)")
     print()
     print("where things are:")
     print(f"  store (Icechunk):    {store}")
     print(f"  dev checkpoint:      {ckpt_dir}   (RANDOM weights, NOT RemoteCLIP)")
     print(f"  chip cache:          {os.environ['RS_EMBED_CACHE_DIR']}")
     print(f"  ROI list:            {rois_csv}")
+    print(f"  quicklook PNGs:      {quicklooks}")
     if "PREFECT_HOME" in os.environ and "PREFECT_API_URL" not in os.environ:
         print(f"  Prefect state:       {os.environ['PREFECT_HOME']}  (task cache records, temporary server db)")
     print()
     print("read it back:")
     print(f"  python -c \"from rs_embed_core.store import open_embeddings; print(open_embeddings('{store}'))\"")
     print("run again (`make demo`): everything is skipped, nothing is fetched or computed, no new commit.")
+    print()
+    print("switch to real data:")
+    print("  Earth Engine:  earthengine authenticate; export EE_PROJECT=<your cloud project>; use backend='gee'")
+    print("  real weights:  hf download MVRL/remote-clip-vit-base-patch32 (where the hub is reachable), then")
+    print("                 rs-embed embed rois.csv --month 2026-11 --store ./store --backend gee")
     print(BANNER)
     print("!! Reminder: RANDOM dev weights. Real runs use MVRL/remote-clip-vit-base-patch32.")
     print(BANNER)

@@ -9,6 +9,7 @@ from prefect import flow, get_run_logger
 from flows.embed import DEFAULT_INFERENCE_DEPLOYMENT, embed_rois
 from rs_embed_core.planning import month_range, previous_month
 from rs_embed_core.specs import OutputSpec, SensorSpec, TemporalSpec
+from tasks.changes import change_report_task
 
 
 @flow(name="monthly-refresh")
@@ -42,7 +43,7 @@ def monthly_refresh(
     window = TemporalSpec.parse_month(month) if month else previous_month()
     label = window.label()
     get_run_logger().info("monthly refresh of %s", label)
-    return embed_rois(
+    result = embed_rois(
         rois=rois,
         store=store,
         months=[label],
@@ -60,6 +61,9 @@ def monthly_refresh(
         tag=label if tag else None,
         inference_deployment=inference_deployment,
     )
+    # The release's top changes vs the previous month, as a table artifact in the UI.
+    result["changes"] = change_report_task(store, label, ref=result.get("snapshot_id") or "main")
+    return result
 
 
 @flow(name="backfill")
