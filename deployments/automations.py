@@ -21,6 +21,7 @@ a loaded machine): 3 x the frequency is a safe choice.
 from __future__ import annotations
 
 import argparse
+import contextlib
 from datetime import timedelta
 
 ZOMBIE_AUTOMATION = "rs-embed: crash zombie flow runs"
@@ -34,10 +35,9 @@ def ensure_zombie_automation(within_s: float = 540.0) -> str:
     from prefect.events.schemas.automations import EventTrigger, Posture
     from prefect.events.schemas.events import ResourceSpecification
 
-    try:
+    # Absent is the usual case (read raises); an existing one is replaced so --within can change.
+    with contextlib.suppress(Exception):
         Automation.read(name=ZOMBIE_AUTOMATION).delete()
-    except Exception:  # noqa: BLE001 - absent is the usual case; read raises ValueError/ObjectNotFound
-        pass
     automation = Automation(
         name=ZOMBIE_AUTOMATION,
         description="Mark flow runs Crashed when their heartbeats stop (dead worker or machine).",

@@ -8,6 +8,7 @@ small JSON-ready dicts (chip references, staged-entry references), never arrays.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import importlib.metadata
 import logging
@@ -17,6 +18,7 @@ import socket
 import subprocess
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -166,11 +168,14 @@ def infer_batch(
     staging_dir: str | Path,
     model: str = "remoteclip",
     device: str | None = None,
+    slot: Callable[[], AbstractContextManager[Any]] | None = None,
 ) -> list[dict[str, Any]]:
     """Embed one batch of fetched chips and stage the results; returns staged refs.
 
     A batch already staged (same content key) is returned as is: no chip is read
-    and no model is loaded, which is what makes a retried run cheap.
+    and no model is loaded, which is what makes a retried run cheap. ``slot`` (a
+    context-manager factory, e.g. an orchestrator's concurrency limit) is held around
+    the forward pass only, so a cross-run GPU cap is not held while reading chips.
     """
     from .api import embed_chips
     from .cache import load_chip
@@ -184,7 +189,7 @@ def infer_batch(
     in_flight, forward = _device_slots(adapter)
     with in_flight:
         chips = [load_chip(e["chip"]) for e in batch["entries"]]
-        with forward:
+        with forward, slot() if slot is not None else contextlib.nullcontext():
             embeddings = embed_chips(
                 adapter,
                 chips,

@@ -10,13 +10,17 @@ so a rerun (or a UI retry) of a run does not fetch again.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from prefect import runtime, task
 from prefect.cache_policies import CachePolicy
 from prefect.context import TaskRunContext
 from prefect.tasks import exponential_backoff
+from prefect.transactions import IsolationLevel
 
 from rs_embed_core import pipeline
 from rs_embed_core.errors import TransientProviderError
@@ -51,6 +55,52 @@ def fetch_cache_key(roi: Any, temporal: Any, sensor: SensorSpec, backend: Any) -
     return f"{FETCH_KEY_NAMESPACE}:{fetch_key(resolve_backend(backend), parse_roi(roi), window, sensor)}"
 
 
+FETCH_LOCKS_ENV = "RS_EMBED_FETCH_LOCKS"
+
+
+def fetch_cache_policy(locks: str | None = None) -> CachePolicy:
+    """The fetch cache policy, with cross-worker key locking when ``RS_EMBED_FETCH_LOCKS`` is set.
+
+    Unset: two workers asking for the same chip at once both run the task; the chip
+    cache's per-key file lock still makes the second wait and read the first one's
+    chip (one provider call), provided the cache is on a shared POSIX filesystem with
+    working locks. Set, the Prefect cache record itself is serialised
+    (``isolation_level=SERIALIZABLE``): the second task run waits for the first and
+    comes back ``Cached``. The value picks Prefect's lock manager:
+
+    * a folder on a shared filesystem -> ``FileSystemLockManager`` (Prefect core);
+    * ``redis://[user:password@]host[:port][/db]`` (or ``rediss://``) ->
+      ``prefect_redis.locking.RedisLockManager`` (``pip install prefect-redis``).
+    """
+    policy = FetchCachePolicy()
+    where = (os.environ.get(FETCH_LOCKS_ENV, "") if locks is None else locks).strip()
+    if not where:
+        return policy
+    if where.startswith(("redis://", "rediss://")):
+        try:
+            from prefect_redis.locking import RedisLockManager
+        except ImportError as exc:
+            raise ImportError(f"{FETCH_LOCKS_ENV}={where!r} needs prefect-redis: pip install prefect-redis") from exc
+        url = urlparse(where)
+        manager: Any = RedisLockManager(
+            host=url.hostname or "localhost",
+            port=url.port or 6379,
+            db=int(url.path.strip("/") or 0),
+            username=url.username,
+            password=url.password,
+            ssl=url.scheme == "rediss",
+        )
+    else:
+        from prefect.locking.filesystem import FileSystemLockManager
+
+        root = Path(where).expanduser()
+        # Keys hold "/" (the namespace), which becomes folders under the lock directory;
+        # Prefect's manager does not create them, so do it here once.
+        (root / FETCH_KEY_NAMESPACE).parent.mkdir(parents=True, exist_ok=True)
+        manager = FileSystemLockManager(root)
+    return policy.configure(isolation_level=IsolationLevel.SERIALIZABLE, lock_manager=manager)
+
+
 def retry_transient_only(task: Any, task_run: Any, state: Any) -> bool:
     """Retry transient provider errors (quota, 5xx, network); auth / bad request / no imagery fail at once."""
     return isinstance(state.data, TransientProviderError)
@@ -65,7 +115,7 @@ def _run_name() -> str:
 @task(
     name="fetch-chip",
     task_run_name=_run_name,
-    cache_policy=FetchCachePolicy(),
+    cache_policy=fetch_cache_policy(),  # read once, at import: workers configure it by environment
     persist_result=True,
     result_serializer="json",  # results are small dicts; no pickle in result storage
     retries=4,

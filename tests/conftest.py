@@ -97,3 +97,22 @@ def hf_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     cache.mkdir()
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     return cache
+
+
+@pytest.fixture(scope="session")
+def prefect_harness(tmp_path_factory: pytest.TempPathFactory):
+    """ONE temporary Prefect server for the whole test session (startup costs 10-15 s).
+
+    ``PREFECT_HOME`` (result storage, cache records) goes to a temp folder: the harness
+    isolates only the database, so cached results would otherwise leak between sessions.
+    Modules opt in with ``pytestmark = pytest.mark.usefixtures("prefect_harness")``.
+    """
+    from prefect.settings import PREFECT_HOME, PREFECT_SERVER_ANALYTICS_ENABLED, temporary_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    home = tmp_path_factory.mktemp("prefect-home")
+    with (
+        temporary_settings({PREFECT_HOME: str(home), PREFECT_SERVER_ANALYTICS_ENABLED: False}),
+        prefect_test_harness(server_startup_timeout=90),
+    ):
+        yield home

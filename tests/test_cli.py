@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.usefixtures("prefect_harness")]
 
 MONTHS = ("2024-05", "2024-06")
 
@@ -53,20 +53,6 @@ def assert_one_line_error(res: Result, *needles: str) -> None:
     assert "Traceback" not in res.err + res.out
     for n in needles:
         assert n in lines[0], (n, lines[0])
-
-
-@pytest.fixture(scope="module", autouse=True)
-def prefect_harness(tmp_path_factory: pytest.TempPathFactory):
-    """One temporary Prefect server for the module, PREFECT_HOME (result storage) in a temp dir."""
-    from prefect.settings import PREFECT_HOME, PREFECT_SERVER_ANALYTICS_ENABLED, temporary_settings
-    from prefect.testing.utilities import prefect_test_harness
-
-    home = tmp_path_factory.mktemp("prefect-home")
-    with (
-        temporary_settings({PREFECT_HOME: str(home), PREFECT_SERVER_ANALYTICS_ENABLED: False}),
-        prefect_test_harness(server_startup_timeout=90),
-    ):
-        yield home
 
 
 @dataclass

@@ -19,21 +19,7 @@ from rs_embed_core.errors import NoImageryError, PermanentProviderError, Transie
 from rs_embed_core.providers.synthetic import SyntheticProvider
 from rs_embed_core.specs import PointBuffer, SensorSpec, TemporalSpec
 
-pytestmark = pytest.mark.timeout(300)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def prefect_harness(tmp_path_factory: pytest.TempPathFactory):
-    """One temporary Prefect server for the module, with PREFECT_HOME (result storage) in a temp dir."""
-    from prefect.settings import PREFECT_HOME, PREFECT_SERVER_ANALYTICS_ENABLED, temporary_settings
-    from prefect.testing.utilities import prefect_test_harness
-
-    home = tmp_path_factory.mktemp("prefect-home")
-    with (
-        temporary_settings({PREFECT_HOME: str(home), PREFECT_SERVER_ANALYTICS_ENABLED: False}),
-        prefect_test_harness(server_startup_timeout=90),
-    ):
-        yield home
+pytestmark = [pytest.mark.timeout(300), pytest.mark.usefixtures("prefect_harness")]
 
 
 class CountingProvider(SyntheticProvider):
