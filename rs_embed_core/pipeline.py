@@ -142,6 +142,18 @@ _slots_lock = threading.Lock()
 _slots: dict[str, tuple[threading.Semaphore, threading.Semaphore]] = {}
 
 
+def batch_run(fetched: Sequence[dict[str, Any]], request: RunRequest, identity: dict[str, Any]) -> list[dict[str, Any]]:
+    """Group a run's fetched chips into inference batches of ``request.batch_size`` forward slots."""
+    return make_batches(
+        fetched,
+        batch_size=request.batch_size,
+        sensor=request.sensor,
+        output=request.output,
+        input_prep=request.input_prep,
+        identity=identity,
+    )
+
+
 def _device_slots(adapter: Any) -> tuple[threading.Semaphore, threading.Semaphore]:
     """(in-flight, forward) semaphores for the adapter's device in this process.
 
@@ -367,14 +379,7 @@ def run_direct(
         outcomes[item.key] = res
         if res["status"] == FETCHED:
             fetched.append({"item": item.to_dict(), "chip": res["chip"]})
-    batches = make_batches(
-        fetched,
-        batch_size=request.batch_size,
-        sensor=request.sensor,
-        output=request.output,
-        input_prep=request.input_prep,
-        identity=identity,
-    )
+    batches = batch_run(fetched, request, identity)
     staged: list[dict[str, Any]] = []
     for i, batch in enumerate(batches):
         staged.extend(

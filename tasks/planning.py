@@ -8,7 +8,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from rs_embed_core import pipeline
-from rs_embed_core.planning import Plan, RunRequest, make_batches
+from rs_embed_core.planning import Plan, RunRequest
 
 
 @task(name="store-digests", cache_policy=NO_CACHE, persist_result=False, retries=2, retry_delay_seconds=5)
@@ -32,11 +32,4 @@ def plan_task(
 @task(name="make-batches", cache_policy=NO_CACHE, persist_result=False)
 def batches_task(fetched: list[dict[str, Any]], request: RunRequest, identity: dict[str, Any]) -> list[dict[str, Any]]:
     """Group fetched chips into inference batches of ``request.batch_size`` forward slots."""
-    return make_batches(
-        fetched,
-        batch_size=request.batch_size,
-        sensor=request.sensor,
-        output=request.output,
-        input_prep=request.input_prep,
-        identity=identity,
-    )
+    return pipeline.batch_run(fetched, request, identity)
