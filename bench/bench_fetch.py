@@ -119,8 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-ms", type=float, nargs="+", default=[0.0, 250.0], help="simulated service time")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 4, 8])
     args = parser.parse_args(argv)
-    for row in run(args.n, args.buffer_m, args.latency_ms, args.workers):
+    rows = run(args.n, args.buffer_m, args.latency_ms, args.workers)
+    for row in rows:
         print(json.dumps(row))
+    print("BENCH_JSON " + json.dumps({"rows": rows}))  # one machine-readable line for bench.run_all
     return 0
 
 

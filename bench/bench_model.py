@@ -16,6 +16,7 @@ Printed:
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import sys
@@ -129,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"\nthroughput over {args.images} chips of 410 x 410 px (best of {args.repeats}):")
         print(f"{'batch':>5}  {'bare img/s':>10}  {'api img/s':>10}  {'ratio':>6}")
+        summary: dict[str, Any] = {"images": args.images, "repeats": args.repeats, "throughput": []}
         for batch in (8, 32):
             bare, api = [], []
             # Short alternating rounds, best of each: on a shared machine, neighbours' load
@@ -138,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
                 api.append(api_run(rois, provider, sensor, temporal, batch))
             b_ips, a_ips = args.images / min(bare), args.images / min(api)
             print(f"{batch:>5}  {b_ips:>10.2f}  {a_ips:>10.2f}  {a_ips / b_ips:>6.3f}")
+            summary["throughput"].append({"batch": batch, "bare_ips": b_ips, "api_ips": a_ips})
 
         n_pre = 32
         imgs = [u8[i % len(u8)].numpy() for i in range(n_pre)]
@@ -158,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS {peak:.0f} MiB; total {time.perf_counter() - t_start:.0f} s")
+    # One machine-readable line for bench.run_all.
+    summary.update(preprocess_ms={"fallback": fb_ms, "pil": pil_ms}, peak_rss_mib=peak)
+    print("BENCH_JSON " + json.dumps(summary))
     return 0
 
 

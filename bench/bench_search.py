@@ -23,6 +23,7 @@ What it measures (numbers are printed, nothing is asserted):
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import statistics
@@ -164,7 +165,7 @@ def _build_store(location: str, n_rois: int, n_months: int) -> float:
     return time.perf_counter() - t0
 
 
-def bench_store(n_entries: int, n_months: int) -> None:
+def bench_store(n_entries: int, n_months: int) -> dict[str, float]:
     n_rois = max(1, n_entries // n_months)
     print(f"== from a local store: {n_rois} ROIs x {n_months} months = {n_rois * n_months:,} entries ==")
     with tempfile.TemporaryDirectory(prefix="rs-embed-bench-") as tmp:
@@ -189,6 +190,7 @@ def bench_store(n_entries: int, n_months: int) -> None:
             f"writing the cache {writing:.2f} s, from the cache {_ms(hit)}"
         )
         print(f"extrapolated store scan (linear, local disk): 100,000 entries ~ {per * 1e5:.0f} s")
+        return {"entries": n, "no_cache_s": cold, "write_cache_s": writing, "from_cache_s": hit}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -202,13 +204,15 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.perf_counter()
     # The machines are shared: the load average says how much the numbers are disturbed.
     print(f"load average at start: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    bench_memory(args.sizes, args.repeats)
+    summary: dict[str, Any] = {"memory": list(bench_memory(args.sizes, args.repeats).values())}
     if not args.no_text:
-        bench_text_encoder(args.repeats)
+        summary["text_encode_s"] = bench_text_encoder(args.repeats)
     if args.store_entries:
-        bench_store(args.store_entries, args.store_months)
+        summary["store"] = bench_store(args.store_entries, args.store_months)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS of the benchmark process: {peak:.0f} MB; total {time.perf_counter() - t0:.0f} s")
+    summary["peak_rss_mb"] = peak
+    print("BENCH_JSON " + json.dumps(summary))  # one machine-readable line for bench.run_all
     print(f"load average at end: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 

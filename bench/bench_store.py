@@ -191,6 +191,7 @@ def main(argv: list[str] | None = None) -> None:
     print(json.dumps({"loadavg_end": results["machine"]["loadavg_end"]}))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
+    print("BENCH_JSON " + json.dumps(results))  # one machine-readable line for bench.run_all
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from rs_embed_core import reporting
+from rs_embed_core.cache import chip_ref_ok
 from rs_embed_core.pipeline import run_facts
 from rs_embed_core.planning import build_request, check_dispatch
 from rs_embed_core.specs import OutputSpec, SensorSpec, spec_from_dict
@@ -177,6 +178,14 @@ def embed_rois(
     for item, fut in zip(plan.todo, fetch_futures, strict=True):
         try:
             res = fut.result()
+            if res["status"] == "fetched" and not chip_ref_ok(res["chip"]):
+                # A cached fetch result whose chip was since pruned or corrupted: fetch it again.
+                logger.warning(
+                    "%s %s: cached chip missing or corrupt; fetching again", item.roi.id, item.temporal.label()
+                )
+                res = fetch.with_options(refresh_cache=True)(
+                    item.roi.to_dict(), item.temporal.to_dict(), sensor=request.sensor, backend=backend, cache=cache_dir
+                )
         except Exception as exc:  # retries exhausted: recorded, the run fails after committing the rest
             transient += 1
             res = {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"}

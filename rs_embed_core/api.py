@@ -153,10 +153,19 @@ def get_embedding_from_data(
     if arr.dtype != np.uint16:
         if not np.issubdtype(arr.dtype, np.number):
             raise SpecError("data.dtype", str(arr.dtype), "must be numeric DN (uint16 surface reflectance x 10000)")
-        finite = np.isfinite(arr)
-        if np.any(arr[finite] < 0) or np.any(arr[finite] > 65535):
+        bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+        if bad:
+            # Silently zeroing NaN/inf would embed "black" pixels as if they were observed.
+            raise SpecError(
+                "data",
+                f"{bad} NaN/inf pixel values",
+                "must be finite DN; mark nodata as 0 (or crop it away) before embedding",
+            )
+        if np.any(arr < 0) or np.any(arr > 65535):
             raise SpecError("data", "values outside 0..65535", "must be DN (surface reflectance x 10000)")
-        arr = np.where(finite, arr, 0).astype(np.uint16)
+        arr = arr.astype(np.uint16)
+    if arr.size and not np.any(arr):
+        raise SpecError("data", "all pixels 0 (nodata)", "must hold observed pixels; an all-nodata chip has no content")
     if grid is not None and not isinstance(grid, PixelGrid):
         raise SpecError("grid", type(grid).__name__, "must be a PixelGrid or None")
     if grid is not None and (grid.height, grid.width) != arr.shape[1:]:

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from .chip import Chip
-from .errors import CacheError
+from .errors import CacheError, NoImageryError
 from .grid import PixelGrid
 from .providers.base import Provider, fetch_key
 from .specs import ROI, SensorSpec, TemporalSpec
@@ -308,6 +308,17 @@ class ChipCache:
 
     # -- write ----------------------------------------------------------------
     def _write(self, key: str, chip: Chip) -> ChipRef:
+        try:
+            return self._write_files(key, chip)
+        except OSError as exc:
+            # Disk full or not writable: the atomic writes left no partial entry behind.
+            self._discard(key)
+            raise CacheError(
+                f"cannot write chip cache entry {key[:12]} under {str(self.root)!r} ({exc.strerror or exc}); free "
+                f"space there, point {CACHE_ENV} at another folder, or set {CACHE_ENV}=off"
+            ) from exc
+
+    def _write_files(self, key: str, chip: Chip) -> ChipRef:
         data = _encode(key, chip)
         digest = hashlib.sha256(data).hexdigest()
         path = self.path_for(key)
@@ -354,7 +365,7 @@ class ChipCache:
                 hit = self._read_locked(key)
                 if hit is not None:
                     return hit
-            chip = provider.fetch(roi, temporal, sensor)
+            chip = require_observations(provider.fetch(roi, temporal, sensor), roi, temporal)
             ref = self._write(key, chip)
             return chip, ref
         finally:
@@ -431,6 +442,21 @@ class ChipCache:
         return self.prune(0)
 
 
+def require_observations(chip: Chip, roi: ROI, temporal: TemporalSpec) -> Chip:
+    """``chip`` unless no pixel has an observation (all nodata): then :class:`NoImageryError`.
+
+    An all-nodata chip embeds as a picture of zeros; storing that as the ROI's month
+    would be wrong data, so it is reported as "no imagery" per ROI and never cached.
+    """
+    if chip.valid.size and not np.any(chip.valid):
+        where = roi.id + (f" ({roi.label})" if roi.label else "")
+        raise NoImageryError(
+            f"the {chip.provider} chip for ROI {where} in {temporal.label()} has no valid pixel (all nodata, "
+            f"{len(chip.scene_ids)} scenes listed): widen the window, raise cloudy_pct or check the ROI location"
+        )
+    return chip
+
+
 def fetch_chip(provider: Provider, roi: ROI, temporal: TemporalSpec, sensor: SensorSpec, cache: Any = None) -> Chip:
     """Fetch a chip through the chip cache.
 
@@ -443,7 +469,7 @@ def fetch_chip(provider: Provider, roi: ROI, temporal: TemporalSpec, sensor: Sen
     """
     chip_cache = resolve_cache(cache)
     if chip_cache is None or not getattr(provider, "cacheable", True):
-        return provider.fetch(roi, temporal, sensor)
+        return require_observations(provider.fetch(roi, temporal, sensor), roi, temporal)
     return chip_cache.fetch(provider, roi, temporal, sensor)
 
 
@@ -487,6 +513,24 @@ def load_chip(ref: ChipRef | dict[str, Any]) -> Chip:
         return _decode(ref.key, data)
     except Exception as exc:
         raise CacheError(f"chip {ref.key[:12]} at {ref.path} cannot be decoded: {exc}") from exc
+
+
+def chip_ref_ok(ref: ChipRef | dict[str, Any]) -> bool:
+    """True when the file behind ``ref`` still exists and matches its checksum (no decoding).
+
+    Orchestrators that cache chip references (Prefect's fetch cache) check them with this
+    before use: a reference to a pruned or corrupted chip must be fetched again.
+    """
+    if isinstance(ref, dict):
+        ref = ChipRef.from_dict(ref)
+    h = hashlib.sha256()
+    try:
+        with open(ref.path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    except OSError:
+        return False
+    return h.hexdigest() == ref.sha256
 
 
 def main(argv: list[str] | None = None) -> int:

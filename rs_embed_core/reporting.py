@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -9,6 +11,21 @@ from typing import Any
 from .planning import Plan, RunRequest, WorkItem
 
 WRITTEN, SKIPPED = "written", "skipped"
+
+
+def md_cell(text: Any) -> str:
+    """User text for one markdown table cell: one line, HTML and markdown syntax escaped.
+
+    ROI labels come from user files; unescaped they could break the table or inject
+    links and HTML into the Prefect UI.
+    """
+    s = html.escape(" ".join(str(text).split()), quote=False)
+    return re.sub(r"([\\`*_\[\]|#~!])", r"\\\1", s)
+
+
+def md_code(text: Any) -> str:
+    """User text inside an inline code span: backticks and line breaks removed."""
+    return " ".join(str(text).replace("`", "'").split())
 
 
 def outcome_rows(
@@ -65,23 +82,24 @@ def summary_markdown(
         "",
         f"- **Asked**: {len(request.rois)} ROIs x {len(request.windows)} windows "
         f"({', '.join(w.label() for w in request.windows)}) = {request.n_entries} entries",
-        f"- **Model**: {request.model}, checkpoint `{request.sensor.checkpoint or 'default'}`, "
+        f"- **Model**: {request.model}, checkpoint `{md_code(request.sensor.checkpoint or 'default')}`, "
         f"input_prep `{request.input_prep}`, output `{request.output.mode}/{request.output.pooling}`, "
         f"batch size {request.batch_size}, inference `{dispatch}`",
         f"- **Written**: {c['written']}  **Skipped** (identical): {c['skipped']}  "
         f"**No imagery**: {c['no_imagery']}  **Failed**: {c['failed']}",
-        f"- **Store**: `{store}`  snapshot `{result.get('snapshot_id') or 'none (nothing new to commit)'}`",
+        f"- **Store**: `{md_code(store)}`  snapshot `{result.get('snapshot_id') or 'none (nothing new to commit)'}`",
     ]
     if result.get("tag"):
-        lines.append(f"- **Tag**: `{result['tag']}` ({result.get('tag_note') or ''})")
+        lines.append(f"- **Tag**: `{md_code(result['tag'])}` ({md_cell(result.get('tag_note') or '')})")
     if weights_are_random:
         lines.append("- **WARNING**: the checkpoint has RANDOM weights (dev checkpoint); embeddings are NOT real.")
     problems = [r for r in rows if r["status"] in ("failed", "no_imagery")]
     if problems:
         lines += ["", "## Not written", "", "| ROI | label | month | status | reason |", "|---|---|---|---|---|"]
         for r in problems[:200]:
-            reason = str(r["reason"]).replace("|", "/").replace("\n", " ")
-            lines.append(f"| {r['roi']} | {r['label']} | {r['month']} | {r['status']} | {reason} |")
+            lines.append(
+                f"| {r['roi']} | {md_cell(r['label'])} | {r['month']} | {r['status']} | {md_cell(r['reason'])} |"
+            )
         if len(problems) > 200:
             lines.append(f"| ... | | | | {len(problems) - 200} more |")
     return "\n".join(lines) + "\n"

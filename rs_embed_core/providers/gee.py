@@ -164,6 +164,24 @@ def classify_error(exc: BaseException, what: str) -> Exception | None:
     return None
 
 
+def _decoded[R](what: str, fn: Callable[[], R], errors: tuple[type[BaseException], ...]) -> R:
+    """``fn()``; a response body that does not decode is a transient fault.
+
+    A response cut short (proxy reset, truncated download) arrives as a 200 with too
+    few bytes: ``numpy.load`` fails on an NPY body (ValueError/EOFError), and for a
+    JSON body googleapiclient hands ee the raw text, which then fails with TypeError.
+    Unclassified, those would escape and never be retried.
+    """
+    try:
+        return fn()
+    except errors as exc:
+        if {"EEException", "HttpError"} & {type(e).__name__ for e in _chain(exc)}:
+            raise
+        raise EarthEngineTransientError(
+            f"Earth Engine {what}: truncated or corrupt response ({type(exc).__name__}: {exc})"
+        ) from exc
+
+
 def _is_permanent_message(low: str) -> bool:
     return any(s in low for s in ("request size", "memory limit", "not found", "invalid", "does not have"))
 
@@ -385,7 +403,8 @@ class GeeProvider:
         info = ee.Dictionary(
             {"ids": col.aggregate_array("system:index"), "times": col.aggregate_array("system:time_start")}
         )
-        result = self._call("scene listing", info.getInfo) or {}
+        listing = "scene listing"
+        result = self._call(listing, lambda: _decoded(listing, info.getInfo, (TypeError, ValueError))) or {}
         ids = [str(i) for i in result.get("ids") or []]
         times = list(result.get("times") or [])
         if len(times) != len(ids):
@@ -420,7 +439,12 @@ class GeeProvider:
                     "crsCode": grid.crs,
                 },
             }
-            arr = self._call("computePixels", lambda req=request: ee.data.computePixels(req))
+            arr = self._call(
+                "computePixels",
+                lambda req=request: _decoded(
+                    "computePixels", lambda: ee.data.computePixels(req), (ValueError, EOFError)
+                ),
+            )
             out[:, r0 : r0 + h, c0 : c0 + w] = self._to_chw(arr, band_ids, h, w)
         return out, len(tiles)
 

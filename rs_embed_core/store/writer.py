@@ -124,7 +124,7 @@ class EmbeddingStore:
         _quiet_icechunk_logs()
         cfg = config or StoreConfig.from_location(location)
         storage = cfg.storage()
-        with _lock(cfg):
+        with _lock(cfg, for_write=create):
             try:
                 exists = icechunk.Repository.exists(storage)
             except icechunk.IcechunkError as exc:
@@ -353,7 +353,15 @@ class StoreWriter:
             for attempt in range(MAX_COMMIT_ATTEMPTS):
                 session = repo.writable_session(self.branch)
                 written_at = _now_iso()
-                counts = _apply(session, entries, self.store.dtype, written_at) if entries else {}
+                try:
+                    counts = _apply(session, entries, self.store.dtype, written_at) if entries else {}
+                except icechunk.IcechunkError as exc:
+                    # Chunk writes failed (disk full, permissions, network): no snapshot refers to
+                    # what was written, so the branch is unchanged.
+                    raise StoreError(
+                        f"writing entries to {self.store.config.location} failed, nothing was committed: "
+                        f"{_first_line(exc)}"
+                    ) from exc
                 counts.update(attempts=attempt + 1, storage_dtype=self.store.dtype, schema_version=SCHEMA_VERSION)
                 try:
                     sid = session.commit(
@@ -371,7 +379,7 @@ class StoreWriter:
                     # Storage failures (network, permissions): nothing was committed; the buffer is
                     # kept, so the caller may retry commit() on this writer.
                     raise StoreError(
-                        f"commit to {self.branch!r} of {self.store.config.location} failed: {exc}"
+                        f"commit to {self.branch!r} of {self.store.config.location} failed: {_first_line(exc)}"
                     ) from exc
                 self._entries.clear()
                 self._closed = True
@@ -383,8 +391,20 @@ class StoreWriter:
 # ---------------------------------------------------------------------- helpers
 
 
+def _first_line(exc: BaseException) -> str:
+    """Icechunk errors carry a multi-line Rust context; the first line says what happened."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 @contextlib.contextmanager
-def _lock(config: StoreConfig) -> Iterator[None]:
+def _lock(config: StoreConfig, *, for_write: bool = True) -> Iterator[None]:
+    """The local store's file lock.
+
+    A lock file that cannot be created (read-only or unwritable location) is a clear
+    StoreError for writes; ``for_write=False`` (opening an existing store to read)
+    goes on without the lock, since readers never need it.
+    """
     if config.lock_path is None:
         yield
         return
@@ -392,12 +412,25 @@ def _lock(config: StoreConfig) -> Iterator[None]:
 
     from filelock import FileLock, Timeout
 
-    Path(config.lock_path).parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(config.lock_path, timeout=LOCK_TIMEOUT_S)
+    locked = False
     try:
-        with FileLock(config.lock_path, timeout=LOCK_TIMEOUT_S):
-            yield
+        Path(config.lock_path).parent.mkdir(parents=True, exist_ok=True)
+        lock.acquire()
+        locked = True
     except Timeout as exc:
         raise StoreError(f"store {config.location} is locked by another writer for > {LOCK_TIMEOUT_S:g} s") from exc
+    except OSError as exc:
+        if for_write:
+            raise StoreError(
+                f"store {config.location} is not writable: cannot create its lock file {config.lock_path} "
+                f"({exc.strerror or exc}); nothing was changed"
+            ) from exc
+    try:
+        yield
+    finally:
+        if locked:
+            lock.release()
 
 
 def _repo_config() -> Any:
