@@ -51,7 +51,7 @@ def _progress(artifact_id: Any, done: int, total: int) -> None:
     update_progress_artifact(artifact_id, progress=100.0 * done / max(total, 1))
 
 
-@flow(name="embed-batches", task_runner=ThreadPoolTaskRunner(max_workers=FLOW_WORKERS))
+@flow(name="embed-batches", task_runner=ThreadPoolTaskRunner(max_workers=FLOW_WORKERS), result_serializer="json")
 def embed_batches(
     batches: list[dict[str, Any]],
     sensor: dict[str, Any],
@@ -94,7 +94,9 @@ def embed_batches(
     return [b["key"] for b in batches]
 
 
-@flow(name="embed-rois", task_runner=ThreadPoolTaskRunner(max_workers=FLOW_WORKERS))
+# result_serializer="json": Prefect persists a failed run's exception in result
+# storage even without result persistence; JSON keeps pickle out of that folder.
+@flow(name="embed-rois", task_runner=ThreadPoolTaskRunner(max_workers=FLOW_WORKERS), result_serializer="json")
 def embed_rois(
     rois: list[Any] | str,
     store: str,

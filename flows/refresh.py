@@ -12,7 +12,7 @@ from rs_embed_core.specs import OutputSpec, SensorSpec, TemporalSpec
 from tasks.changes import change_report_task
 
 
-@flow(name="monthly-refresh")
+@flow(name="monthly-refresh", result_serializer="json")
 def monthly_refresh(
     rois: list[Any] | str,
     store: str,
@@ -66,7 +66,7 @@ def monthly_refresh(
     return result
 
 
-@flow(name="backfill")
+@flow(name="backfill", result_serializer="json")
 def backfill(
     rois: list[Any] | str,
     store: str,

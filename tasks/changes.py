@@ -12,7 +12,7 @@ from rs_embed_core.errors import StoreLookupError
 from rs_embed_core.search import change_report_rows
 
 
-@task(name="change-report", cache_policy=NO_CACHE, persist_result=False)
+@task(name="change-report", cache_policy=NO_CACHE, persist_result=False, result_serializer="json")
 def change_report_task(
     store: str,
     month: str,

@@ -39,6 +39,7 @@ def retry_crashed_only(task: Any, task_run: Any, state: Any) -> bool:
     name="dispatch-batches",
     cache_policy=NO_CACHE,
     persist_result=False,
+    result_serializer="json",
     retries=DISPATCH_RETRIES,
     retry_delay_seconds=5,
     retry_condition_fn=retry_crashed_only,

@@ -91,14 +91,44 @@ def fetch_cache_policy(locks: str | None = None) -> CachePolicy:
             ssl=url.scheme == "rediss",
         )
     else:
-        from prefect.locking.filesystem import FileSystemLockManager
-
         root = Path(where).expanduser()
         # Keys hold "/" (the namespace), which becomes folders under the lock directory;
         # Prefect's manager does not create them, so do it here once.
         (root / FETCH_KEY_NAMESPACE).parent.mkdir(parents=True, exist_ok=True)
-        manager = FileSystemLockManager(root)
+        manager = _file_lock_manager(root)
     return policy.configure(isolation_level=IsolationLevel.SERIALIZABLE, lock_manager=manager)
+
+
+def _file_lock_manager(root: Path) -> Any:
+    """Prefect's ``FileSystemLockManager``, tolerant of lock files caught mid-write.
+
+    Prefect 3.9 writes a lock file in place (``open(path, "wb")`` then ``write``), so a
+    concurrent reader can see it empty and fail with "EOF while parsing". Such a read is
+    retried briefly: the holder finishes writing within milliseconds.
+    """
+    import asyncio
+    import time
+
+    from prefect.locking.filesystem import FileSystemLockManager
+
+    class _Manager(FileSystemLockManager):
+        def _get_lock_info(self, key: str, use_cache: bool = True) -> Any:
+            for _ in range(50):
+                try:
+                    return super()._get_lock_info(key, use_cache=use_cache)
+                except ValueError:
+                    time.sleep(0.01)
+            return super()._get_lock_info(key, use_cache=use_cache)
+
+        async def _aget_lock_info(self, key: str, use_cache: bool = True) -> Any:
+            for _ in range(50):
+                try:
+                    return await super()._aget_lock_info(key, use_cache=use_cache)
+                except ValueError:
+                    await asyncio.sleep(0.01)
+            return await super()._aget_lock_info(key, use_cache=use_cache)
+
+    return _Manager(root)
 
 
 def retry_transient_only(task: Any, task_run: Any, state: Any) -> bool:

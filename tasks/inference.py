@@ -38,7 +38,7 @@ def gpu_slot() -> Callable[[], AbstractContextManager[Any]] | None:
     return lambda: concurrency(name, occupy=1, strict=True)
 
 
-@task(name="model-identity", cache_policy=NO_CACHE, persist_result=False)
+@task(name="model-identity", cache_policy=NO_CACHE, persist_result=False, result_serializer="json")
 def model_identity_task(sensor: SensorSpec, model: str = "remoteclip", device: str | None = None) -> dict[str, Any]:
     """Model name, architecture, weight sha256 and preprocessing path (what entry digests use)."""
     return pipeline.model_identity_for(sensor, model=model, device=device)
@@ -49,6 +49,7 @@ def model_identity_task(sensor: SensorSpec, model: str = "remoteclip", device: s
     task_run_name="embed batch {batch[key]:.12}",
     cache_policy=NO_CACHE,  # idempotence comes from the staging area (a staged batch is not recomputed)
     persist_result=False,
+    result_serializer="json",
     tags=[GPU_TAG],
 )
 def infer_batch_task(

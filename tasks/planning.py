@@ -17,7 +17,7 @@ def existing_digests_task(store: str) -> dict[tuple[str, str], str]:
     return pipeline.existing_digests(store)
 
 
-@task(name="plan-entries", cache_policy=NO_CACHE, persist_result=False)
+@task(name="plan-entries", cache_policy=NO_CACHE, persist_result=False, result_serializer="json")
 def plan_task(
     request: RunRequest,
     backend: Any,
@@ -29,7 +29,7 @@ def plan_task(
     return pipeline.plan_run(request, backend, identity, existing, force=force)
 
 
-@task(name="make-batches", cache_policy=NO_CACHE, persist_result=False)
+@task(name="make-batches", cache_policy=NO_CACHE, persist_result=False, result_serializer="json")
 def batches_task(fetched: list[dict[str, Any]], request: RunRequest, identity: dict[str, Any]) -> list[dict[str, Any]]:
     """Group fetched chips into inference batches of ``request.batch_size`` forward slots."""
     return pipeline.batch_run(fetched, request, identity)

@@ -10,7 +10,7 @@ from prefect.cache_policies import NO_CACHE
 from rs_embed_core import pipeline
 
 
-@task(name="commit-entries", cache_policy=NO_CACHE, persist_result=False)
+@task(name="commit-entries", cache_policy=NO_CACHE, persist_result=False, result_serializer="json")
 def publish_task(
     store: str,
     staged: list[dict[str, Any]],
@@ -27,7 +27,7 @@ def publish_task(
     return pipeline.publish(store, staged, staging_dir=staging_dir, message=message, metadata=metadata, tag=tag)
 
 
-@task(name="collect-staged", cache_policy=NO_CACHE, persist_result=False)
+@task(name="collect-staged", cache_policy=NO_CACHE, persist_result=False, result_serializer="json")
 def collect_staged_task(batch_keys: list[str], staging_dir: str) -> list[dict[str, Any]]:
     """References of batches staged by dispatched inference runs (fails if one is missing)."""
     return pipeline.collect_staged(batch_keys, staging_dir)
