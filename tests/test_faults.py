@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from _servers import moto_s3, s3_env
 from fake_ee import FakeEarthEngine, fake_credentials
 
 from rs_embed_core.errors import StoreError
@@ -238,31 +239,13 @@ def test_two_concurrent_runs_local_store_lose_nothing(tmp_path, tiny_checkpoint,
 
 @pytest.fixture()
 def s3_location(monkeypatch):
-    import socket
     import uuid
 
-    boto3 = pytest.importorskip("boto3")
-    server_mod = pytest.importorskip("moto.server")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    env = {
-        "RS_EMBED_S3_ENDPOINT": endpoint,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_REGION": "us-east-1",
-    }
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)  # children inherit os.environ
-    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
-    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="embeddings")
-    try:
+    with moto_s3() as (endpoint, _):
+        for key, value in s3_env(endpoint).items():
+            monkeypatch.setenv(key, value)  # children inherit os.environ
+        monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
         yield f"s3://embeddings/faults/{uuid.uuid4().hex[:8]}"
-    finally:
-        server.stop()
 
 
 @pytest.mark.slow

@@ -36,6 +36,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from _servers import moto_s3
+from _servers import s3_env as s3_env_for
 from test_deploy import PREFECT, PREFECT_YAML, REPO, _cli, _free_port, _stop, _wait_health
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
@@ -61,33 +63,12 @@ print("RESULT " + json.dumps(embed_rois(**params), default=str), flush=True)
 @pytest.fixture(scope="module")
 def s3_env() -> Iterator[dict[str, str]]:
     """A moto S3 server on loopback with bucket ``embeddings``; yields the env that reaches it."""
-    boto3 = pytest.importorskip("boto3")
-    server_mod = pytest.importorskip("moto.server")
-    port = _free_port()
-    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    env = {
-        "RS_EMBED_S3_ENDPOINT": endpoint,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_REGION": "us-east-1",
-    }
-    boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    ).create_bucket(Bucket="embeddings")
-    try:
-        with pytest.MonkeyPatch.context() as mp:  # this process reads the store too
-            for k, v in env.items():
-                mp.setenv(k, v)
-            mp.delenv("AWS_SESSION_TOKEN", raising=False)
-            yield env
-    finally:
-        server.stop()
+    with moto_s3() as (endpoint, _), pytest.MonkeyPatch.context() as mp:  # this process reads the store too
+        env = s3_env_for(endpoint)
+        for k, v in env.items():
+            mp.setenv(k, v)
+        mp.delenv("AWS_SESSION_TOKEN", raising=False)
+        yield env
 
 
 @pytest.fixture(scope="module")

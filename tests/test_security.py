@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _servers import moto_s3
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -58,26 +59,12 @@ def prefect_home(prefect_harness):
 
 @pytest.fixture()
 def moto_endpoint(monkeypatch):
-    import socket
-
-    boto3 = pytest.importorskip("boto3")
-    server_mod = pytest.importorskip("moto.server")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    monkeypatch.setenv("RS_EMBED_S3_ENDPOINT", endpoint)
-    monkeypatch.setenv("AWS_REGION", "us-east-1")
-    for key, value in SECRETS.items():
-        monkeypatch.setenv(key, value)
-    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
-    client.create_bucket(Bucket="embeddings")
-    try:
+    with moto_s3(SECRETS["AWS_ACCESS_KEY_ID"], SECRETS["AWS_SECRET_ACCESS_KEY"]) as (endpoint, client):
+        monkeypatch.setenv("RS_EMBED_S3_ENDPOINT", endpoint)
+        monkeypatch.setenv("AWS_REGION", "us-east-1")
+        for key, value in SECRETS.items():
+            monkeypatch.setenv(key, value)
         yield client
-    finally:
-        server.stop()
 
 
 class _Collect(logging.Handler):

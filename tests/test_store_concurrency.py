@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import multiprocessing as mp
-import socket
 import uuid
 
 import numpy as np
 import pytest
+from _servers import moto_s3, s3_env
 from _store_helpers import small_embedding, write_rois
 
 from rs_embed_core.store import EmbeddingStore, open_embeddings
@@ -67,34 +67,14 @@ def test_disjoint_writers_in_one_process_both_land(tmp_path):
 # ---------------------------------------------------------------------- S3 (moto server on loopback)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture()
 def s3_location(monkeypatch):
-    boto3 = pytest.importorskip("boto3")
-    server_mod = pytest.importorskip("moto.server")
-    port = _free_port()
-    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    for key, value in {
-        "RS_EMBED_S3_ENDPOINT": endpoint,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_REGION": "us-east-1",
-    }.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
-    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="embeddings")
-    try:
+    with moto_s3() as (endpoint, _):
+        for key, value in s3_env(endpoint).items():
+            monkeypatch.setenv(key, value)
+        monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
         # moto keeps its state per process: a fresh prefix per test keeps tests independent.
         yield f"s3://embeddings/rs-embed/{uuid.uuid4().hex[:8]}"
-    finally:
-        server.stop()
 
 
 @pytest.mark.slow
